@@ -437,4 +437,3 @@ def _fold_weight_norm(module: nn.Module) -> None:
                 parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
 
 
-_resolve_model_dir = resolve_model_dir  # earlier private name, still imported by trainer/cache.py

@@ -14,7 +14,8 @@ import torch.multiprocessing as mp
 import trainer.cache as cache
 from c2p_stream.config import FrontEndConfig
 from c2p_stream.features import build_front_end, save_random_wav2vec2
-from trainer.cache import cached_features, front_end_spec
+from c2p_stream.features import front_end_spec
+from trainer.cache import cached_features
 from trainer.corpora import Recording, window_recordings
 
 LOGMEL = FrontEndConfig(kind="logmel", n_mels=8, device="cpu", batch_size=4)

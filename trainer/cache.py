@@ -34,23 +34,11 @@ import torch.distributed as dist
 
 from c2p_stream.audio import frame_pair
 from c2p_stream.config import FrontEndConfig
-from c2p_stream.features import N_FRAMES, _resolve_model_dir, build_front_end, resolve_device, resolve_dtype
+from c2p_stream.features import N_FRAMES, build_front_end, front_end_spec, resolve_device, resolve_dtype, resolve_model_dir
 from trainer.corpora import Recording
 
 FORMAT_VERSION = 1
 _CHUNK_BYTES = 1 << 24  # 16 MiB: checksum reads and shard copies
-
-
-def front_end_spec(config: FrontEndConfig) -> dict:
-    """The ``.spec`` that ``build_front_end(config)`` would have, without loading any weights."""
-    if config.kind == "logmel":
-        return {"kind": "logmel", "n_mels": config.n_mels, "dim": config.n_mels}
-    if config.kind == "wav2vec2":
-        model_dir, spec_model = _resolve_model_dir(config.model)
-        hf_config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-        dim = hf_config.get("hidden_size", 768)  # Wav2Vec2Config's default
-        return {"kind": "wav2vec2", "model": spec_model, "layer": config.layer, "dim": dim}
-    raise ValueError(f"unknown front end kind {config.kind!r} (expected 'wav2vec2' or 'logmel')")
 
 
 def cached_features(
@@ -258,7 +246,7 @@ def _weights_stamp(config: FrontEndConfig) -> list:
     """[name, size, mtime_ns] of the model folder's files, so re-saved weights are a new entry."""
     if config.kind != "wav2vec2":
         return []
-    model_dir = Path(_resolve_model_dir(config.model)[0])
+    model_dir = Path(resolve_model_dir(config.model)[0])
     files = sorted(p for p in model_dir.iterdir() if p.is_file())
     return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
