@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 SAMPLE_RATE_HZ = 16_000
 CONTOUR_RATE_HZ = 25  # 40 ms annotation frames
@@ -40,6 +38,8 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise AudioError(f"{path}: is a directory, expected an audio file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: file is empty (0 bytes)")
+    import soundfile as sf  # imported here so the live GPU path needs no libsndfile
+
     try:
         samples, rate_hz = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
@@ -56,6 +56,8 @@ def resample(audio: np.ndarray, rate_hz: int, target_hz: int = SAMPLE_RATE_HZ) -
     audio = np.ascontiguousarray(audio, dtype=np.float32)
     if rate_hz == target_hz:
         return audio
+    import soxr
+
     return soxr.resample(audio, rate_hz, target_hz, quality="HQ").astype(np.float32, copy=False)
 
 
