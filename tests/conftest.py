@@ -30,3 +30,43 @@ def make_label_event(seq: int = 0, speech: bool = True, k: int = 4, **overrides)
 @pytest.fixture
 def label_event_factory():
     return make_label_event
+
+
+def make_tiny_checkpoint(k: int = 3, n_mels: int = 16, seed: int = 0):
+    """A Checkpoint with random small SpeechCNN heads over an n_mels log-mel front end."""
+    import numpy as np
+    import torch
+
+    from c2p_stream.checkpoint import AttributeHead, Checkpoint
+    from c2p_stream.clusters import describe_clusters
+    from c2p_stream.models import SpeechCNN, SpeechCNNDims
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    contours = rng.standard_normal((40, 50))
+    heads = {}
+    for name in ("arousal", "valence"):
+        labels = rng.integers(0, k, len(contours))
+        speech = SpeechCNN(SpeechCNNDims(dim=n_mels, k=k, preset="small"))
+        heads[name] = AttributeHead(name, "acc", speech, contours[:k].astype(np.float32),
+                                    describe_clusters(contours, labels, k))
+    return Checkpoint(front_end={"kind": "logmel", "n_mels": n_mels, "dim": n_mels}, heads=heads, info={"name": "tiny"})
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory):
+    from c2p_stream.checkpoint import save_checkpoint
+
+    return save_checkpoint(make_tiny_checkpoint(), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def speech_wav_30s(tmp_path_factory):
+    """30 s of synthetic speech as a 16 kHz wav file."""
+    import soundfile as sf
+
+    from trainer.synthetic import synthesize_session
+
+    path = tmp_path_factory.mktemp("audio") / "talk30.wav"
+    sf.write(path, synthesize_session(30.0, 77).audio, 16_000, subtype="FLOAT")
+    return path
