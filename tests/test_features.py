@@ -199,6 +199,30 @@ def test_bfloat16_cpu_close_to_float32(stable_dir):
     assert relative < 0.05
 
 
+def test_cpu_rewrites_keep_the_values_and_build_under_inference_mode(stable_dir):
+    windows = torch.from_numpy(random_windows(2, seed=4))
+    plain = features.Wav2Vec2Frontend(stable_dir, N_LAYERS, optimize=False)
+    with torch.inference_mode():  # folding weight norm here used to leave plain tensors behind
+        fast = features.Wav2Vec2Frontend(stable_dir, N_LAYERS, dtype=torch.bfloat16)
+        fast32 = features.Wav2Vec2Frontend(stable_dir, N_LAYERS)
+        assert all(isinstance(layer.conv, features._ChannelsLastConv1d) for layer in fast32.model.feature_extractor.conv_layers)
+        torch.testing.assert_close(fast32(windows), plain(windows), rtol=1e-4, atol=1e-5)
+    # the tiny model has 2 channels per positional-conv group: bf16 is wrong there, so the probe keeps fp32
+    assert isinstance(fast.model.encoder.pos_conv_embed.conv, features._Float32Conv1d)
+
+
+def test_grouped_conv_probe_tells_right_from_wrong():
+    conv = torch.nn.Conv1d(256, 256, 128, padding=64, groups=16)
+    assert features._low_precision_grouped_conv_is_accurate(conv, torch.float32)
+
+    class Wrong(torch.nn.Conv1d):
+        def _conv_forward(self, x, weight, bias):
+            out = super()._conv_forward(x, weight, bias)
+            return out if x.dtype == torch.float32 else -out
+
+    assert not features._low_precision_grouped_conv_is_accurate(Wrong(16, 16, 3, groups=2), torch.bfloat16)
+
+
 def test_extract_rejects_wrong_window_shape(stable_dir):
     front_end = build_front_end(w2v_config(stable_dir, layer=1))
     with pytest.raises(ValueError, match="32000"):
