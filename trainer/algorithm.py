@@ -197,11 +197,15 @@ def _coupled_speech_loss(speech_logits: torch.Tensor, latent: torch.Tensor, cent
     """CE between SpeechCNN's prediction and a soft assignment of the live latent to the centroids.
 
     The temperature is the mean squared latent-centroid distance, so the assignment is soft
-    but not uniform at any latent scale; gradients reach both networks.
+    but not uniform at any latent scale; gradients reach both networks. Alone, this term is
+    minimised by moving every latent into one cluster (trivially predictable); as in SCAN/IIC,
+    the KL divergence of the batch's mean assignment from uniform is added to rule that out.
     """
     distances = torch.cdist(latent, centroids) ** 2
     soft = F.softmax(-distances / distances.mean().detach().clamp_min(1e-6), dim=1)
-    return -(soft * F.log_softmax(speech_logits, dim=1)).sum(dim=1).mean()
+    agreement = -(soft * F.log_softmax(speech_logits, dim=1)).sum(dim=1).mean()
+    marginal = soft.mean(dim=0).clamp_min(1e-8)
+    return agreement + (marginal * (marginal * len(marginal)).log()).sum()
 
 
 def _early_stop(history: list[dict], config: TrainConfig) -> bool:
