@@ -3,7 +3,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid

@@ -3,37 +3,21 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from c2p_stream.audio import HOP_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLES, frame_audio
-from c2p_stream.checkpoint import AttributeHead, Checkpoint, CheckpointError
-from c2p_stream.clusters import describe_clusters
+from c2p_stream.checkpoint import CheckpointError
 from c2p_stream.config import FrontEndConfig
 from c2p_stream.engine import SILENCE_DBFS, Engine, LiveRunner, has_speech
 from c2p_stream.features import build_front_end
-from c2p_stream.models import SpeechCNN, SpeechCNNDims
+from conftest import make_tiny_checkpoint
 from trainer.synthetic import synthesize_session
 
 N_MELS = 16
 
 
-def tiny_checkpoint(k: int = 3, n_mels: int = N_MELS, seed: int = 0) -> Checkpoint:
-    """Random SpeechCNN heads over a 16-band log-mel front end, clusters from random contours."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    contours = rng.standard_normal((40, 50))
-    heads = {}
-    for name in ("arousal", "valence"):
-        labels = rng.integers(0, k, len(contours))
-        speech = SpeechCNN(SpeechCNNDims(dim=n_mels, k=k, preset="small"))
-        heads[name] = AttributeHead(name, "acc", speech, contours[:k].astype(np.float32),
-                                    describe_clusters(contours, labels, k))
-    return Checkpoint(front_end={"kind": "logmel", "n_mels": n_mels, "dim": n_mels}, heads=heads, info={"name": "tiny"})
-
-
 def tiny_engine(**kwargs) -> Engine:
     front_end = build_front_end(FrontEndConfig(kind="logmel", n_mels=N_MELS, device="cpu"))
-    return Engine(tiny_checkpoint(), front_end, **kwargs)
+    return Engine(make_tiny_checkpoint(n_mels=N_MELS), front_end, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +113,7 @@ def test_smoothing_only_when_positive_and_restarts_after_silence(speech_30s):
 def test_mismatched_front_end_is_refused():
     front_end = build_front_end(FrontEndConfig(kind="logmel", n_mels=32, device="cpu"))
     with pytest.raises(CheckpointError, match="n_mels=16"):
-        Engine(tiny_checkpoint(), front_end)
+        Engine(make_tiny_checkpoint(n_mels=N_MELS), front_end)
 
 
 def test_reset_restarts_stream_time(speech_30s):

@@ -23,7 +23,7 @@ import soundfile as sf
 import pulse
 from c2p_stream.audio import SAMPLE_RATE_HZ, load_audio
 from c2p_stream.checkpoint import save_checkpoint
-from test_engine import tiny_checkpoint
+from conftest import make_tiny_checkpoint
 from trainer.synthetic import synthesize_session
 
 SKIP_REASON = pulse.missing()
@@ -76,7 +76,7 @@ class Consumer:
     """The capture subprocess; its JSON lines arrive in a queue with their arrival time."""
 
     def __init__(self, server, tmp_path, seconds):
-        checkpoint = save_checkpoint(tiny_checkpoint(), tmp_path / "ckpt")
+        checkpoint = save_checkpoint(make_tiny_checkpoint(), tmp_path / "ckpt")
         self.out = tmp_path / "captured.npy"
         self.proc = subprocess.Popen([sys.executable, "-c", CONSUMER, str(checkpoint), str(self.out), str(seconds)],
                                      env=server.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
