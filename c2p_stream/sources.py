@@ -23,6 +23,7 @@ from c2p_stream.audio import SAMPLE_RATE_HZ, WINDOW_S, WINDOW_SAMPLES, load_audi
 STARTUP_S = 5.0  # longest wait for a device's first samples (PulseAudio can take ~1 s)
 QUEUE_S = 10.0  # captured audio the callback may queue before blocks are dropped
 _POLL_S = 0.05  # consumer wake-up period while waiting for samples
+LAG_HOLD_S = WINDOW_S  # capture_lag_s keeps a peak this long, so the next hop's event shows a stall
 
 
 class SourceError(RuntimeError):
@@ -143,6 +144,7 @@ class MicSource:
         self._last_block_at: float | None = None  # time.monotonic() of the latest callback
         self._origin: float | None = None  # wall time at which stream time 0 was captured
         self._delivered = 0  # native-rate frames handed to the consumer
+        self._lag_peak: tuple[float, float] = (0.0, -math.inf)  # (capture lag s, time.monotonic()) at a block
         self._closed = threading.Event()
         self._closing = threading.Lock()  # makes close() run once
         self._lock = threading.Lock()  # held while the stream is used; a close may hold it ~30 s
@@ -161,10 +163,19 @@ class MicSource:
 
     @property
     def capture_lag_s(self) -> float:
-        """Wall time since the first block minus stream time delivered (grows when capture stalls)."""
+        """Wall time since the first block minus stream time delivered (grows when capture stalls):
+        the larger of its value now and its peak at a block handed over in the last LAG_HOLD_S.
+
+        The peak matters because a stalled consumer raises no overflow: PulseAudio buffers, and
+        once the consumer runs again the backlog drains in milliseconds, before the next hop is
+        labelled; without the peak a 3 s stall would leave no trace in the events.
+        """
         if self._origin is None:
             return 0.0
-        return max(0.0, time.monotonic() - self._origin - self._delivered / self.native_rate_hz)
+        now = time.monotonic()
+        lag_s = now - self._origin - self._delivered / self.native_rate_hz
+        peak_s, peak_at = self._lag_peak
+        return max(0.0, lag_s, peak_s if now - peak_at <= LAG_HOLD_S else 0.0)
 
     def _callback(self, indata, frames, time_info, status) -> None:
         """PortAudio's thread: copy and go (no allocation beyond the copy, no locks held)."""
@@ -186,17 +197,26 @@ class MicSource:
                     self._stream.start()
                 except Exception as err:
                     raise SourceError(f"cannot start audio input {self.device_name!r}: {err}") from None
-            started_at = time.monotonic()
+            started_at = polled_at = resumed_at = time.monotonic()
             while not self._closed.is_set():
                 try:
                     block = self._queue.get(timeout=_POLL_S)  # (frames, channels)
                 except queue.Empty:
-                    self._check_alive(started_at)
+                    now = time.monotonic()
+                    if now - polled_at > self.watchdog_s:  # this process was stalled (SIGSTOP, suspend,
+                        resumed_at = now  # swapping): its callbacks were too, so the silence is not the device's
+                    polled_at = now
+                    self._check_alive(started_at, resumed_at)
                     continue
+                polled_at = time.monotonic()
                 mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
                 if self._origin is None:
                     self._origin = time.monotonic() - len(mono) / self.native_rate_hz
                 self._delivered += len(mono)
+                now = time.monotonic()
+                lag_s = now - self._origin - self._delivered / self.native_rate_hz
+                if lag_s >= self._lag_peak[0] or now - self._lag_peak[1] > LAG_HOLD_S:
+                    self._lag_peak = (lag_s, now)  # one tuple: the engine thread reads it unlocked
                 chunk = resampler.resample_chunk(np.ascontiguousarray(mono, dtype=np.float32))
                 if chunk.size:
                     yield chunk
@@ -206,7 +226,9 @@ class MicSource:
         finally:
             self.close()
 
-    def _check_alive(self, started_at: float) -> None:
+    def _check_alive(self, started_at: float, resumed_at: float) -> None:
+        """SourceLost if the stream is inactive, or silent for watchdog_s (STARTUP_S before its
+        first block) counted from the latest block, start, or resumption after a stall."""
         if self._closed.is_set() or not self._lock.acquire(timeout=0.5):
             return  # closing (a close may hold the lock while a frozen server makes it wait)
         try:
@@ -216,7 +238,7 @@ class MicSource:
         finally:
             self._lock.release()
         last = self._last_block_at
-        silent_s = time.monotonic() - (started_at if last is None else last)
+        silent_s = time.monotonic() - max(started_at if last is None else last, resumed_at)
         if not active or silent_s > (STARTUP_S if last is None else self.watchdog_s):
             why = "its stream stopped" if not active else f"nothing for {silent_s:.1f} s"
             raise SourceLost(f"audio input {self.device_name!r} stopped delivering samples "
