@@ -79,3 +79,15 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert set(metrics) == {"arousal"} and metrics["arousal"]["c2p"]["n"] == 39
     history = json.loads((tmp_path / "run" / "state" / "arousal-c2p" / "history.json").read_text())
     assert len(history) == 2
+
+
+def test_sweep_k_reports_within_cluster_variance_and_plots_the_elbow(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        TINY.replace("CACHE", str(tmp_path / "cache"))
+        .replace("max_epochs: 8, patience: 8", "max_epochs: 2, patience: 8, attributes: [arousal], baselines: []")
+    )
+    assert main(["--config", str(config), "--out", str(tmp_path / "run"), "--no-progress", "--sweep-k", "2..4"]) == 0
+    assert (tmp_path / "run" / "elbow.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "elbow.png" in (tmp_path / "run" / "report.md").read_text()
+    assert main(["--config", str(config), "--out", str(tmp_path / "run2"), "--sweep-k", "1..x"]) == 2
