@@ -115,3 +115,12 @@ def test_dashboard_in_an_80x24_terminal(tiny_checkpoint_dir, speech_wav_30s):
         assert re.search(r"A\d-V\d", screen) and "file talk30.wav" in screen
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def test_demo_runs_the_shipped_model_on_the_shipped_sample(tmp_path, capsys):
+    jsonl = tmp_path / "demo.jsonl"
+    assert main(["--demo", "--fast", "--no-dashboard", "--quiet", "--no-ws", "--jsonl", str(jsonl)]) == 0
+    assert "using the demo model" in capsys.readouterr().err
+    events = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(events) == 39 and sum(e["speech"] for e in events) >= 30  # 40 s sample
+    assert all(e["pairing"] for e in events if e["speech"])
