@@ -11,6 +11,9 @@ own oldest messages and is told how many with a ``gap`` message before the next 
 gets; publish() never awaits and never waits on a client. A client that stops reading
 fills its own queue (dropped oldest first) while its sender task waits in ``send`` on
 websockets' write limit, so neither the queue nor the transport buffer grows without bound.
+Such a client is dropped (TCP abort) once a send has waited ``stall_timeout_s``: websockets'
+keepalive cannot do it, since its ping waits on the same full write buffer and its pong
+timeout never starts.
 """
 
 from __future__ import annotations
@@ -166,6 +169,7 @@ class FeedServer:
                  token: str | None = None, allowed_origins: list[str] | None = None,
                  queue_size: int = 256, max_message_bytes: int = 4096,
                  open_timeout_s: float = 10.0, close_timeout_s: float = 2.0,
+                 stall_timeout_s: float | None = 30.0,
                  web_root: Path | None = WEB_ROOT, log: Callable[[str], None] | None = None) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -177,6 +181,8 @@ class FeedServer:
         self.queue_size = queue_size
         self.max_message_bytes = max_message_bytes
         self.open_timeout_s, self.close_timeout_s = open_timeout_s, close_timeout_s
+        self.stall_timeout_s = stall_timeout_s  # None: keep a client that takes nothing forever
+        self.stalled_clients = 0  # dropped because a send waited stall_timeout_s
         self.web_root = web_root
         self.log = log or (lambda text: print(text, file=sys.stderr))
         self.ignored_messages = 0  # client messages that were not a ping
@@ -201,9 +207,10 @@ class FeedServer:
         """Connected clients that passed authentication and the handshake."""
         return len(self._clients)
 
-    def client_stats(self) -> list[dict[str, int]]:
-        """Per client: messages in its queue, dropped so far, bytes in its write buffer."""
-        return [{"queued": len(c.queue), "dropped": c.dropped_total,
+    def client_stats(self) -> list[dict[str, Any]]:
+        """Per client: its address ("host:port"), messages in its queue, dropped so far,
+        bytes in its write buffer."""
+        return [{"peer": _peer(c.connection), "queued": len(c.queue), "dropped": c.dropped_total,
                  "buffered_bytes": c.connection.transport.get_write_buffer_size()}
                 for c in self._clients]
 
@@ -337,14 +344,14 @@ class FeedServer:
         """hello, then the queue; a gap message before a message that followed drops."""
         connection = client.connection
         try:
-            await connection.send(self._hello_text)
+            await self._send_one(client, self._hello_text)
             while True:
                 while client.queue:
                     text = client.queue.popleft()
                     if client.dropped:  # all of them were older than `text`
                         dropped, client.dropped = client.dropped, 0
-                        await connection.send(encode_message(gap_message(dropped)))
-                    await connection.send(text)  # waits while the write buffer is full
+                        await self._send_one(client, encode_message(gap_message(dropped)))
+                    await self._send_one(client, text)  # waits while the write buffer is full
                 if self._closing:
                     break
                 client.ready.clear()
@@ -355,3 +362,24 @@ class FeedServer:
         except Exception as exc:  # a bug here must not take the server down
             self.log(f"feed: sender failed: {exc!r}")
             await connection.close(1011, "internal error")
+
+    async def _send_one(self, client: _Client, text: str) -> None:
+        """send(); a send still waiting on a full write buffer after stall_timeout_s drops the client."""
+        if self.stall_timeout_s is None:
+            await client.connection.send(text)
+            return
+        timer = asyncio.get_running_loop().call_later(self.stall_timeout_s, self._drop_stalled, client)
+        try:
+            await client.connection.send(text)  # raises ConnectionClosed once dropped
+        finally:
+            timer.cancel()
+
+    def _drop_stalled(self, client: _Client) -> None:
+        self.stalled_clients += 1
+        self.log(f"feed: dropped client {_peer(client.connection)}: it took no data for {self.stall_timeout_s:g} s")
+        client.connection.transport.abort()  # a close frame could not get through either
+
+
+def _peer(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    return f"{address[0]}:{address[1]}" if address else "?"
