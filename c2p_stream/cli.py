@@ -70,6 +70,13 @@ async def _stream(args: argparse.Namespace) -> int:
         if args.jsonl:
             jsonl = stack.enter_context(open(args.jsonl, "w", encoding="utf-8"))
             sinks.append(lambda event: (jsonl.write(json.dumps(event.to_message()) + "\n"), jsonl.flush()))
+        # From here on SIGINT/SIGTERM only set `stop`: clients already connected (e.g. while
+        # waiting for --wait-clients) still get `end` and close code 1001.
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            stack.callback(loop.remove_signal_handler, sig)
         feed = None
         if not args.no_ws:
             if not is_loopback(args.ws_host) and not args.token:
@@ -81,23 +88,17 @@ async def _stream(args: argparse.Namespace) -> int:
             await feed.start()
             print(f"c2p-stream: feed on {feed.url} (web page: {feed.http_url})", file=sys.stderr)
             sinks.append(lambda event: feed.publish_threadsafe(event.to_message()))
-            while feed.clients < args.wait_clients:
+            while feed.clients < args.wait_clients and not stop.is_set():
                 await asyncio.sleep(0.05)
 
         await asyncio.to_thread(engine.warm_up)
-        source = await asyncio.to_thread(open_source)
-        stop = threading.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        source = await asyncio.to_thread(open_source)  # _run_source ends at once if `stop` is set
         if dashboard is not None:
             dashboard.start()
         clients_task = asyncio.create_task(_show_clients(feed, dashboard)) if feed and dashboard else None
         try:
             reason = await asyncio.to_thread(_run_source, engine, source, sinks, stop, args)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
             if clients_task:
                 clients_task.cancel()
         if feed is not None:
