@@ -2,8 +2,11 @@
 
 `checkpoint.json` holds everything needed to run the models: the front-end spec, the
 window/hop/sample rates, and per attribute the method, k, model dims, and each cluster's
-name, mean and std contour. The weights' sha256 is recorded there too, so a truncated or
-bit-flipped file is refused. Nothing is unpickled: weights are safetensors, the rest JSON.
+name, mean and std contour. The weights' sha256 is recorded there too, and (from format
+version 2) the sha256 of the manifest's own canonical JSON, so a truncated or bit-flipped
+file of either kind is refused: a flipped digit in a prototype contour stays valid JSON.
+Version 1 checkpoints (no manifest checksum) are still read. Nothing is unpickled:
+weights are safetensors, the rest JSON.
 A checkpoint directory is written beside its final place and renamed into it.
 """
 
@@ -27,7 +30,8 @@ from c2p_stream.config import FrontEndConfig
 from c2p_stream.models import AffectNet, SpeechCNN, SpeechCNNDims, affect_dims_from_dict
 
 FORMAT = "c2p-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checkpoint.json carries manifest_sha256; 1 (weights checksum only) is still read
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "checkpoint.json"
 METHODS = ("c2p", "acc", "aac")
@@ -142,6 +146,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
         "heads": heads,
         "info": checkpoint.info,
     }
+    manifest["manifest_sha256"] = _manifest_sha256(manifest)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, allow_nan=True))
     for file in tmp.iterdir():
         _fsync(file)
@@ -168,8 +173,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{manifest_path}: not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{manifest_path}: format is not {FORMAT!r}")
-    if manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{manifest_path}: version {manifest.get('version')!r}, expected {FORMAT_VERSION}")
+    if manifest["version"] >= 2 and manifest.get("manifest_sha256") != _manifest_sha256(manifest):
+        raise CheckpointError(f"{manifest_path}: checksum mismatch (file is corrupt or was modified)")
     if _sha256(weights_path) != manifest.get("weights_sha256"):
         raise CheckpointError(f"{weights_path}: checksum mismatch (file is corrupt or was modified)")
     try:
@@ -196,6 +203,12 @@ def _load_head(name: str, spec: dict, tensors: dict[str, torch.Tensor]) -> Attri
     if len(clusters) != spec["k"] or centroids.shape[0] != spec["k"] or speech.dims.k != spec["k"]:
         raise ValueError(f"{name}: k={spec['k']} does not match its clusters, centroids or SpeechCNN")
     return AttributeHead(name, spec["method"], speech.eval(), centroids, clusters, affect)
+
+
+def _manifest_sha256(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), its own checksum left out."""
+    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()).hexdigest()
 
 
 def _sha256(file: Path) -> str:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import c2p_stream.checkpoint as checkpoint_module
 from c2p_stream.checkpoint import AttributeHead, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from c2p_stream.clusters import describe_clusters
 from c2p_stream.models import AffectNet, AffectNetDims, SpeechCNN, SpeechCNNDims
@@ -56,7 +57,8 @@ def test_front_end_mismatch(tmp_path):
         checkpoint.check_front_end({"kind": "wav2vec2", "layer": 15, "dim": 1024})
 
 
-@pytest.mark.parametrize("damage", ["truncate", "bitflip", "no_manifest", "bad_json", "pickle", "missing_dir"])
+@pytest.mark.parametrize("damage", ["truncate", "bitflip", "no_manifest", "bad_json", "manifest_digit", "pickle",
+                                    "missing_dir"])
 def test_damaged_checkpoints_are_refused(tmp_path, damage):
     checkpoint, _ = tiny_checkpoint()
     path = save_checkpoint(checkpoint, tmp_path / "ckpt")
@@ -71,6 +73,10 @@ def test_damaged_checkpoints_are_refused(tmp_path, damage):
         manifest.unlink()
     elif damage == "bad_json":
         manifest.write_text("{not json")
+    elif damage == "manifest_digit":  # still valid JSON: only the manifest's own checksum can tell
+        text = manifest.read_text()
+        at = text.index('"mean"') + text[text.index('"mean"'):].index("3")
+        manifest.write_text(text[:at] + "2" + text[at + 1:])
     elif damage == "pickle":
         class Boom:
             def __reduce__(self):
@@ -78,7 +84,8 @@ def test_damaged_checkpoints_are_refused(tmp_path, damage):
         weights.write_bytes(pickle.dumps(Boom()))
         meta = json.loads(manifest.read_text())
         import hashlib
-        meta["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()  # even with a matching checksum
+        meta["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()  # even with matching checksums
+        meta["manifest_sha256"] = checkpoint_module._manifest_sha256(meta)
         manifest.write_text(json.dumps(meta))
     elif damage == "missing_dir":
         path = tmp_path / "absent"

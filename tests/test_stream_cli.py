@@ -74,10 +74,9 @@ def test_clear_one_line_errors(tmp_path, capsys, tiny_checkpoint_dir, speech_wav
     shutil.copytree(tiny_checkpoint_dir, corrupt)
     weights = corrupt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    mismatched = save_checkpoint(make_tiny_checkpoint(n_mels=16), tmp_path / "mismatched")
-    manifest = json.loads((mismatched / "checkpoint.json").read_text())
-    manifest["front_end"] = {"kind": "logmel", "n_mels": 24, "dim": 16}  # claims a front end its heads don't fit
-    (mismatched / "checkpoint.json").write_text(json.dumps(manifest))
+    wrong_front_end = make_tiny_checkpoint(n_mels=16)
+    wrong_front_end.front_end = {"kind": "logmel", "n_mels": 24, "dim": 16}  # claims a front end its heads don't fit
+    mismatched = save_checkpoint(wrong_front_end, tmp_path / "mismatched")
     short = tmp_path / "short.wav"
     sf.write(short, np.zeros(16_000, np.float32), 16_000)
     text = tmp_path / "notes.wav"
