@@ -2,11 +2,10 @@
 
 `checkpoint.json` holds everything needed to run the models: the front-end spec, the
 window/hop/sample rates, and per attribute the method, k, model dims, and each cluster's
-name, mean and std contour. The weights' sha256 is recorded there too, and (from format
-version 2) the sha256 of the manifest's own canonical JSON, so a truncated or bit-flipped
-file of either kind is refused: a flipped digit in a prototype contour stays valid JSON.
-Version 1 checkpoints (no manifest checksum) are still read. Nothing is unpickled:
-weights are safetensors, the rest JSON.
+name, mean and std contour. The weights' sha256 is recorded there too, and the sha256 of
+the manifest's own canonical JSON, so a truncated or bit-flipped file of either kind is
+refused (a flipped digit in a prototype contour would still be valid JSON). Nothing is
+unpickled: weights are safetensors, the rest JSON.
 A checkpoint directory is written beside its final place and renamed into it.
 """
 
@@ -30,8 +29,7 @@ from c2p_stream.config import FrontEndConfig
 from c2p_stream.models import AffectNet, SpeechCNN, SpeechCNNDims, affect_dims_from_dict
 
 FORMAT = "c2p-checkpoint"
-FORMAT_VERSION = 2  # 2: checkpoint.json carries manifest_sha256; 1 (weights checksum only) is still read
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # 2: checkpoint.json carries its own checksum
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "checkpoint.json"
 METHODS = ("c2p", "acc", "aac")
@@ -173,9 +171,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{manifest_path}: not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{manifest_path}: format is not {FORMAT!r}")
-    if manifest.get("version") not in READABLE_VERSIONS:
+    if manifest.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{manifest_path}: version {manifest.get('version')!r}, expected {FORMAT_VERSION}")
-    if manifest["version"] >= 2 and manifest.get("manifest_sha256") != _manifest_sha256(manifest):
+    if manifest.get("manifest_sha256") != _manifest_sha256(manifest):
         raise CheckpointError(f"{manifest_path}: checksum mismatch (file is corrupt or was modified)")
     if _sha256(weights_path) != manifest.get("weights_sha256"):
         raise CheckpointError(f"{weights_path}: checksum mismatch (file is corrupt or was modified)")
