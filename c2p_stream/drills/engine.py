@@ -644,7 +644,8 @@ def _wait_events(jsonl: Path, n: int, timeout_s: float, process: subprocess.Pope
 # ----------------------------------------------------------------------------- 5. training killed
 
 
-def training_killed(kills: int = 12, *, phases: tuple[str, ...] = ("cache", "state", "checkpoint", "random"),
+def training_killed(kills: int = 12, *, phases: tuple[str, ...] = ("cache", "state", "checkpoint", "state", "checkpoint",
+                                                                   "random"),
                     seed: int = 0, epochs: int = 6, attributes: tuple[str, ...] = ("arousal", "valence"),
                     rng_seed: int = 1, work_dir: str | Path | None = None) -> dict[str, Any]:
     """`c2p-train` on the tiny config, SIGKILLed `kills` times, then `--resume`d to the end.
@@ -678,13 +679,14 @@ def training_killed(kills: int = 12, *, phases: tuple[str, ...] = ("cache", "sta
         records, logs, targeted = [], [], set()
         for i in range(kills):
             phase = phases[i % len(phases)]
-            if phase == "cache" and len(list((root / "cache-killed").glob("*/meta.json"))) >= 2:
-                phase = "random"  # both cache entries exist: nothing left to interrupt there
+            left = _work_left(out, attributes, epochs)
+            if not _reachable(phase, out, root / "cache-killed", attributes, epochs, targeted):
+                phase = "random"  # nothing of that kind is left to interrupt
             log = root / f"attempt-{i}.log"
             with open(log, "w") as handle:
                 process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=handle)
             started = time.monotonic()
-            kill_at = started + rng.uniform(0.2, reference_s)
+            kill_at = started + rng.uniform(0.2, STARTUP_S + left * max(reference_s - STARTUP_S, 1.0))
             hit = None
             while process.poll() is None:
                 if phase == "random":
@@ -730,6 +732,8 @@ def training_killed(kills: int = 12, *, phases: tuple[str, ...] = ("cache", "sta
         if weights[0] != weights[1]:
             failures.append("the final checkpoint's weights differ from the uninterrupted run's")
         text = "\n".join(logs)
+        leftovers = sorted(str(path.relative_to(root)) for folder in (out, root / "cache-killed")
+                           for path in folder.rglob(".*") if ".tmp" in path.name or ".old-" in path.name)
         unreadable = [line for line in text.splitlines() if "unreadable training state" in line]
         if unreadable:
             failures.append(f"resume met a partial state file: {unreadable[:2]}")
@@ -743,8 +747,38 @@ def training_killed(kills: int = 12, *, phases: tuple[str, ...] = ("cache", "sta
         kills_done=len(done_kills), kills_by_phase=phase_counts,
         kills_inside_a_save=sum(r["temp_left_behind"] for r in done_kills if r["phase"] in ("state", "checkpoint")),
         resumes_to_finish=resumes, resumed_from=re.findall(r"resumed after epoch \d+", text),
-        metrics_equal=not differences, weights_equal=weights[0] == weights[1], kills=records,
+        metrics_equal=not differences, weights_equal=weights[0] == weights[1],
+        temp_files_left_behind=leftovers, kills=records,
     )
+
+
+STARTUP_S = 4.0  # c2p-train's imports and corpus loading, roughly, before any training
+
+
+def _epochs_done(out: Path, attribute: str) -> int:
+    states = sorted((out / "state" / f"{attribute}-c2p").glob("epoch-*.pt"))
+    return int(states[-1].stem.split("-")[1]) if states else 0
+
+
+def _work_left(out: Path, attributes: tuple[str, ...], epochs: int) -> float:
+    """Fraction of the run's epochs not yet saved (a rough clock for "random" kills)."""
+    done = sum(epochs if (out / "state" / f"{a}-c2p" / "final").is_dir() else _epochs_done(out, a) for a in attributes)
+    return 1.0 - done / (epochs * len(attributes))
+
+
+def _reachable(phase: str, out: Path, cache: Path, attributes: tuple[str, ...], epochs: int, targeted: set) -> bool:
+    """Whether a save of kind `phase` that was not targeted yet is still ahead in this run."""
+    unfinished = [a for a in attributes if not (out / "state" / f"{a}-c2p" / "final").is_dir()]
+    if phase == "cache":
+        return len(list(cache.glob("*/meta.json"))) < 2
+    if phase == "state":
+        return any((f"{a}-c2p", f"epoch-{e:03d}.pt") not in targeted
+                   for a in unfinished for e in range(_epochs_done(out, a) + 1, epochs + 1))
+    if phase == "checkpoint":
+        keys = [(f"{a}-c2p", "final") for a in unfinished]
+        keys += [] if (out / "checkpoint").is_dir() else [("run", "checkpoint")]
+        return any(key not in targeted for key in keys)
+    return True
 
 
 def _kill_target(phase: str, out: Path, cache: Path, targeted: set) -> tuple[tuple, Path] | None:
