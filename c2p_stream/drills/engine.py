@@ -243,7 +243,7 @@ def _pulse_module():
 # ----------------------------------------------------------------------------- 1. soak
 
 
-def soak(audio_s: float = 3600.0, *, sample_s: float = 0.1, warmup_fraction: float = 0.1,
+def soak(audio_s: float = 3600.0, *, sample_s: float = 0.01, warmup_fraction: float = 0.1,
          max_growth_mb: float = 16.0, work_dir: str | Path | None = None) -> dict[str, Any]:
     """`audio_s` of synthetic speech through `c2p-stream --file --fast`: memory flat, events
     continuous, no skipped hops. RSS, threads and fds of the process are sampled every
