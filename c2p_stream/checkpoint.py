@@ -112,8 +112,9 @@ class Checkpoint:
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path) -> Path:
     """Write `checkpoint` to directory `path` atomically (a reader never sees a partial one)."""
     path = Path(path)
+    for stale in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a save that was killed
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tensors, heads = {}, {}
     for name, head in checkpoint.heads.items():

@@ -23,7 +23,7 @@ from c2p_stream.dashboard import Dashboard
 from c2p_stream.engine import Engine, LiveRunner
 from c2p_stream.events import LabelEvent, end_message, hello_message
 from c2p_stream.features import FrontEndError, build_front_end
-from c2p_stream.feed import FeedServer, is_loopback
+from c2p_stream.feed import FeedServer
 from c2p_stream.sources import MicSource, SourceError, SourceLost, file_chunks, list_devices, resolve_input_device
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -79,9 +79,6 @@ async def _stream(args: argparse.Namespace) -> int:
             stack.callback(loop.remove_signal_handler, sig)
         feed = None
         if not args.no_ws:
-            if not is_loopback(args.ws_host) and not args.token:
-                print(f"c2p-stream: warning: the feed on {args.ws_host} is reachable from other machines "
-                      "without a token; pass --token", file=sys.stderr)
             feed = FeedServer(args.ws_host, args.ws_port, hello=hello_message(checkpoint.describe()), token=args.token,
                               allowed_origins=args.allowed_origin or None, queue_size=args.client_queue,
                               log=lambda message: print(f"c2p-stream: {message}", file=sys.stderr))

@@ -252,7 +252,12 @@ def _save_state(state_dir: Path, epoch: int, speech, affect, optimizer, centroid
 
 
 def _load_latest_state(state_dir: Path, log: Callable[[str], None]) -> dict | None:
-    """The newest epoch state that loads; unreadable ones are reported and skipped."""
+    """The newest epoch state that loads; unreadable ones are reported and skipped.
+
+    Temp files of saves cut short by a kill are removed here: they never hold a used state.
+    """
+    for stale in state_dir.glob(".epoch-*.pt.tmp-*"):
+        stale.unlink(missing_ok=True)
     for path in sorted(state_dir.glob("epoch-*.pt"), reverse=True):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)

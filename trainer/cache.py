@@ -10,7 +10,7 @@ checks all of them before memory-mapping the file.
 Writes are atomic: features stream into a temp file in the entry folder
 (``np.lib.format.open_memmap``), which is fsynced and ``os.replace``d into place, then
 meta.json is written the same way. meta.json is removed before a rebuild and written last,
-so a crash at any point leaves no entry that validates (stray ``.*.tmp`` files may remain).
+so a crash at any point leaves no entry that validates; its stray ``.*.tmp`` files go at the next build.
 
 Under torchrun (``torch.distributed`` initialised, any backend) rank r extracts windows
 ``r::world_size`` into its own shard; rank 0 assembles the entry; then every rank maps it.
@@ -90,6 +90,8 @@ def cached_features(
                 log(f"feature cache: {entry}: {problem}; rebuilding")
             entry.mkdir(parents=True, exist_ok=True)
             (entry / "meta.json").unlink(missing_ok=True)  # from now on the entry cannot validate
+            for stale in entry.glob(".*.tmp"):  # left by a killed build; may be gigabytes
+                stale.unlink(missing_ok=True)
             decision = ["miss", uuid.uuid4().hex]
     else:
         decision = [None, None]
