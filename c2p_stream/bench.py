@@ -13,10 +13,12 @@ twice:
 * reference: eager fp32, the full 24-block model with ``output_hidden_states=True`` taking
   ``hidden_states[15]``, one front-end pass per head (two per hop), fp32 heads, inputs
   normalised by transformers' Wav2Vec2FeatureExtractor, ``torch.no_grad``;
-* optimised: the real ``Engine.label_window`` per hop, with the front end and the settings the
-  CLI uses (blocks <= 15 only, one pass shared by both heads, bf16 on CPUs with native bf16 /
-  fp16 on CUDA, channels-last convs, ``torch.inference_mode``; on CUDA a CUDA graph of the front
-  end, see ``--cuda-graphs``).
+* optimised: the real ``Engine.label_window`` per hop over ``features.Wav2Vec2Frontend``, as
+  the CLI builds them (blocks <= 15 only, one pass shared by both heads, bf16 on CPUs with
+  native bf16 / fp16 on CUDA, channels-last convs, ``torch.inference_mode``); on CUDA the
+  benchmark adds what the CLI does not set yet: ``features.CudaGraphFrontend`` around the front
+  end (``--no-cuda-graphs``) and ``torch.backends.cudnn.benchmark`` (``--no-cudnn-benchmark``).
+  fp32 on CUDA is not bit-exact either: cuDNN convs use TF32 by default (torch's setting).
 
 Per path the JSON gives per-hop latency p50/p99 (ms; with 19 hops p99 is about the maximum),
 the real-time factor (mean processing time per hop / 1 s hop; p99 too), peak memory (CPU: the
@@ -222,6 +224,7 @@ class PeakMemory:
         self.result = {
             "peak_rss_mb": round(peak_kb / 1024, 1),
             "peak_rss_delta_mb": round((peak_kb - self.rss_start_kb) / 1024, 1),
+            "rss_end_mb": round((_proc_status_kb("VmRSS") or 0) / 1024, 1),
             "rss_method": self.method,
         }
         if self.device.type == "cuda":
@@ -736,6 +739,7 @@ def sweep_streams(engine: Engine, windows: np.ndarray, counts: list[int], option
         try:
             with PeakMemory(device) as memory:
                 run_streams(engine, windows, n, 1, device)  # warm-up (graph capture, kernel choice)
+                memory.mark_warm()
                 times, _ = run_streams(engine, windows, n, options.stream_hops, device)
         except torch.OutOfMemoryError as err:  # type: ignore[attr-defined]
             rows.append({"streams": n, "error": f"out of memory: {str(err)[:120]}"})
