@@ -95,7 +95,7 @@ def load_config(path: str | Path, cls: type[T] = RunConfig) -> T:
         raise ConfigError(f"{path}: cannot read config file ({err})") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: e.g. an integer literal too long to convert
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     return from_dict(cls, {} if data is None else data, source=str(path))
 
@@ -169,5 +169,8 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # e.g. an int too long to print (over sys.get_int_max_str_digits())
+        text = f"<{type(value).__name__} too large to show>"
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
