@@ -12,8 +12,8 @@ gets; publish() never awaits and never waits on a client. A client that stops re
 fills its own queue (dropped oldest first) while its sender task waits in ``send`` on
 websockets' write limit, so neither the queue nor the transport buffer grows without bound.
 Such a client is dropped (TCP abort) once a send has waited ``stall_timeout_s``: websockets'
-keepalive cannot do it, since its ping waits on the same full write buffer and its pong
-timeout never starts.
+keepalive cannot do it once the buffer is full, since its ping waits on that same buffer and
+its pong timeout never starts.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import math
 import socket
 import mimetypes
 import sys
+import time
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
@@ -134,6 +135,7 @@ class _Client:
         self.dropped = 0  # not yet reported to the client
         self.dropped_total = 0
         self.sender: asyncio.Task | None = None
+        self.send_since: float | None = None  # monotonic time the pending send began
 
     def put(self, text: str) -> None:
         if len(self.queue) == self.queue.maxlen:  # append() drops the oldest
@@ -193,6 +195,7 @@ class FeedServer:
         self._closing = False
         self._close_reason = ""
         self._redact: logging.Filter | None = None
+        self._watchdog: asyncio.Task | None = None
 
     @property
     def url(self) -> str:
@@ -227,6 +230,8 @@ class FeedServer:
             origins=origins, max_size=self.max_message_bytes, open_timeout=self.open_timeout_s,
             close_timeout=self.close_timeout_s, compression=None, logger=logger)
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.stall_timeout_s is not None:
+            self._watchdog = asyncio.create_task(self._drop_stalled_clients())
         if not is_loopback(self.host) and self.token is None:
             self.log(f"feed: WARNING: listening on {self.host or 'all interfaces'}:{self.port} "
                      "without a token; anyone who can reach this port can read the labels")
@@ -273,6 +278,8 @@ class FeedServer:
             await asyncio.wait_for(self._server.wait_closed(), self.close_timeout_s)
         except asyncio.TimeoutError:
             self.log("feed: some connections did not close in time")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._redact is not None:
             logging.getLogger("c2p_stream.feed").removeFilter(self._redact)
 
@@ -364,20 +371,26 @@ class FeedServer:
             await connection.close(1011, "internal error")
 
     async def _send_one(self, client: _Client, text: str) -> None:
-        """send(); a send still waiting on a full write buffer after stall_timeout_s drops the client."""
-        if self.stall_timeout_s is None:
-            await client.connection.send(text)
-            return
-        timer = asyncio.get_running_loop().call_later(self.stall_timeout_s, self._drop_stalled, client)
+        """send(), timed for the stall watchdog; raises ConnectionClosed once the client is dropped."""
+        client.send_since = time.monotonic()
         try:
-            await client.connection.send(text)  # raises ConnectionClosed once dropped
+            await client.connection.send(text)
         finally:
-            timer.cancel()
+            client.send_since = None
 
-    def _drop_stalled(self, client: _Client) -> None:
-        self.stalled_clients += 1
-        self.log(f"feed: dropped client {_peer(client.connection)}: it took no data for {self.stall_timeout_s:g} s")
-        client.connection.transport.abort()  # a close frame could not get through either
+    async def _drop_stalled_clients(self) -> None:
+        """Drops each client whose pending send has waited over stall_timeout_s on a full write
+        buffer; checks every quarter of it (at most every second). One task, not a timer per send."""
+        while True:
+            await asyncio.sleep(min(1.0, self.stall_timeout_s / 4))
+            now = time.monotonic()
+            for client in list(self._clients):
+                if client.send_since is not None and now - client.send_since > self.stall_timeout_s:
+                    client.send_since = None
+                    self.stalled_clients += 1
+                    self.log(f"feed: dropped client {_peer(client.connection)}: "
+                             f"it took no data for {self.stall_timeout_s:g} s")
+                    client.connection.transport.abort()  # a close frame could not get through either
 
 
 def _peer(connection: ServerConnection) -> str:
