@@ -84,6 +84,8 @@ def test_a_client_that_stops_reading_is_dropped_after_the_stall_timeout():
                     await asyncio.sleep(0.005)
                     assert all(s["queued"] <= 8 for s in server.client_stats())
                 assert server.stalled_clients == 1
+                while server.clients != 1 and time.monotonic() < deadline:  # the abort lands
+                    await asyncio.sleep(0.005)
                 assert server.clients == 1  # the reader only
                 while len(seqs) < sent and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import gc
 import hashlib
 import hmac
 import inspect
@@ -400,7 +401,9 @@ def fan_out(n_clients: int = 200, non_readers: int = 10, droppers: int = 10, str
     wall seconds (1.0 = real time; less replays the same messages faster). `baseline_s` of
     stream with 0 clients (default min(stream_s, 120)), half before the clients connect and
     half after they leave, gives the engine hop latency to compare with. Memory slope: linear
-    fit of the server process's RSS after `warmup_s` (default 10% of the stream) of wall time.
+    fit of the server process's RSS after `warmup_s` (default 10% of the stream) of wall time;
+    live Python blocks after a full GC at the stream's start and end tell a leak from garbage
+    that waits for the cyclic GC.
     """
     say = progress or (lambda text: None)
     n_readers = n_clients - non_readers - droppers
@@ -429,11 +432,13 @@ def fan_out(n_clients: int = 200, non_readers: int = 10, droppers: int = 10, str
             ready = fleet.receive(timeout_s=60 + 0.2 * n_clients)
             connected = _wait_until(lambda: st.server.clients >= n_readers + non_readers, 30)
             say(f"fan_out: {st.server.clients} clients connected; streaming {n_hops} hops every {hop_s:g} s")
+            blocks_start = _live_blocks()
             stream_start, loop_cpu_start = time.monotonic(), st.call(time.thread_time)
             fleet.send({"go": True, "wall_s": wall_s, "hold_s": [0.02 * wall_s, 0.15 * wall_s],
                         "pause_s": [0.0, 0.02 * wall_s]})
             loaded = engine.run(n_hops, hop_s, timeout_s=wall_s * 3 + 60)
             stream_end, loop_cpu_s = time.monotonic(), st.call(time.thread_time) - loop_cpu_start
+            blocks_end = _live_blocks()
             st.call(st.server.publish, end_message("eof"))
             result = fleet.receive(timeout_s=60 + 0.1 * n_clients)
         finally:
@@ -516,7 +521,11 @@ def fan_out(n_clients: int = 200, non_readers: int = 10, droppers: int = 10, str
                           "rss_mb_max": round(max(r for _, r in steady), 1) if steady else None,
                           "slope_mb_per_hour": _slope_mb_per_hour(steady),
                           "slope_mb_per_hour_second_half": _slope_mb_per_hour(late),
-                          "samples": len(steady), "warmup_s": round(warmup_s, 1)},
+                          "samples": len(steady), "warmup_s": round(warmup_s, 1),
+                          # the process's live allocations after a full GC, clients connected at both
+                          # points; includes the drill's own per-hop records (a few blocks a hop)
+                          "live_blocks_after_gc": {"stream_start": blocks_start, "stream_end": blocks_end,
+                                                   "per_hop": round((blocks_end - blocks_start) / n_hops, 1)}},
         "non_readers": non_reader_rows,
         "non_reader_bounds": {"queue_size": queue_size, "max_queued": max_queued,
                               "max_buffered_bytes": max_buffered,
@@ -526,6 +535,13 @@ def fan_out(n_clients: int = 200, non_readers: int = 10, droppers: int = 10, str
         "droppers": result["droppers"],
         "close_s": round(close_s, 3),
     }
+
+
+def _live_blocks() -> int:
+    """Blocks allocated by Python after a full collection: what is really alive, not garbage
+    that cycles keep until the cyclic GC next runs (RSS counts both)."""
+    gc.collect()
+    return sys.getallocatedblocks()
 
 
 def _ratio(loaded: dict[str, Any], zero: dict[str, Any]) -> float | None:
@@ -1135,7 +1151,8 @@ async def _junk(st: _ServerThread, url: str, token: str, rng: random.Random) -> 
 
 def _bad_frames(port: int, token: str) -> dict[str, Any]:
     """Below the library: garbage bytes, an unmasked frame, invalid UTF-8 in a text frame."""
-    cases = {"random bytes": os.urandom(64), "unmasked client frame": _client_frame(0x1, b'{"type":"ping"}', False),
+    cases = {"random bytes": b"\xff" + os.urandom(63),  # 0xff: RSV bits set, so never a partial frame
+             "unmasked client frame": _client_frame(0x1, b'{"type":"ping"}', False),
              "invalid utf-8 text": _client_frame(0x1, b"\xff\xfe\xfd"), "reserved opcode 0x3": _client_frame(0x3, b"x")}
     codes = {}
     for name, payload in cases.items():
