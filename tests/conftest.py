@@ -34,23 +34,9 @@ def label_event_factory():
 
 def make_tiny_checkpoint(k: int = 3, n_mels: int = 16, seed: int = 0):
     """A Checkpoint with random small SpeechCNN heads over an n_mels log-mel front end."""
-    import numpy as np
-    import torch
+    from c2p_stream.drills.engine import random_checkpoint
 
-    from c2p_stream.checkpoint import AttributeHead, Checkpoint
-    from c2p_stream.clusters import describe_clusters
-    from c2p_stream.models import SpeechCNN, SpeechCNNDims
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    contours = rng.standard_normal((40, 50))
-    heads = {}
-    for name in ("arousal", "valence"):
-        labels = rng.integers(0, k, len(contours))
-        speech = SpeechCNN(SpeechCNNDims(dim=n_mels, k=k, preset="small"))
-        heads[name] = AttributeHead(name, "acc", speech, contours[:k].astype(np.float32),
-                                    describe_clusters(contours, labels, k))
-    return Checkpoint(front_end={"kind": "logmel", "n_mels": n_mels, "dim": n_mels}, heads=heads, info={"name": "tiny"})
+    return random_checkpoint(k=k, n_mels=n_mels, seed=seed)
 
 
 @pytest.fixture(scope="session")

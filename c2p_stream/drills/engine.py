@@ -97,11 +97,11 @@ def _result(drill: str, failures: list[str], **figures: Any) -> dict[str, Any]:
     return {"drill": drill, "passed": not failures, "failures": failures, **figures}
 
 
-def tiny_checkpoint(path: str | Path, *, k: int = 3, n_mels: int = 16, seed: int = 0) -> Path:
-    """A checkpoint with random small SpeechCNN heads over an n_mels log-mel front end."""
+def random_checkpoint(*, k: int = 3, n_mels: int = 16, seed: int = 0):
+    """A Checkpoint with random small SpeechCNN heads over an n_mels log-mel front end."""
     import torch
 
-    from c2p_stream.checkpoint import AttributeHead, Checkpoint, save_checkpoint
+    from c2p_stream.checkpoint import AttributeHead, Checkpoint
     from c2p_stream.clusters import describe_clusters
     from c2p_stream.models import SpeechCNN, SpeechCNNDims
 
@@ -114,9 +114,15 @@ def tiny_checkpoint(path: str | Path, *, k: int = 3, n_mels: int = 16, seed: int
         speech = SpeechCNN(SpeechCNNDims(dim=n_mels, k=k, preset="small"))
         heads[name] = AttributeHead(name, "acc", speech, contours[:k].astype(np.float32),
                                     describe_clusters(contours, labels, k))
-    checkpoint = Checkpoint(front_end={"kind": "logmel", "n_mels": n_mels, "dim": n_mels}, heads=heads,
-                            info={"name": "tiny-random"})
-    return save_checkpoint(checkpoint, path)
+    return Checkpoint(front_end={"kind": "logmel", "n_mels": n_mels, "dim": n_mels}, heads=heads,
+                      info={"name": "tiny-random"})
+
+
+def tiny_checkpoint(path: str | Path, *, k: int = 3, n_mels: int = 16, seed: int = 0) -> Path:
+    """`random_checkpoint` saved to `path`."""
+    from c2p_stream.checkpoint import save_checkpoint
+
+    return save_checkpoint(random_checkpoint(k=k, n_mels=n_mels, seed=seed), path)
 
 
 def tiny_train_config(path: str | Path, cache_dir: str | Path, *, seed: int = 0, epochs: int = 6,
