@@ -19,6 +19,8 @@ DRILLS = {
     "fan_out": (feed.fan_out, {"stream_s": 600.0},
                 {"stream_s": 200.0, "hop_s": 0.1, "infer_ms": 20.0, "baseline_s": 100.0, "stall_timeout_s": 2.0}),
     "graceful_shutdown": (feed.graceful_shutdown, {"n_clients": 200}, {"n_clients": 200}),
+    "graceful_shutdown_waiting": (feed.graceful_shutdown, {"n_clients": 200, "phase": "waiting"},
+                                  {"n_clients": 200, "phase": "waiting"}),
     "attacks": (feed.attacks, {}, {}),
     "traversal": (feed.traversal, {}, {}),
     "fuzz_client_messages": (feed.fuzz_client_messages, {"n_examples": 5000}, {"n_examples": 3000}),
