@@ -715,24 +715,9 @@ def _sum_droppers(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _tiny_checkpoint(directory: Path) -> Path:
     """A small random log-mel checkpoint (the tests' tiny model), so the CLI needs no download."""
-    import torch
+    from c2p_stream.drills.engine import tiny_checkpoint
 
-    from c2p_stream.checkpoint import AttributeHead, Checkpoint, save_checkpoint
-    from c2p_stream.clusters import describe_clusters
-    from c2p_stream.models import SpeechCNN, SpeechCNNDims
-
-    k, n_mels = 3, 16
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    contours = rng.standard_normal((40, 50))
-    heads = {}
-    for name in ("arousal", "valence"):
-        labels = rng.integers(0, k, len(contours))
-        speech = SpeechCNN(SpeechCNNDims(dim=n_mels, k=k, preset="small"))
-        heads[name] = AttributeHead(name, "acc", speech, contours[:k].astype(np.float32),
-                                    describe_clusters(contours, labels, k))
-    return save_checkpoint(Checkpoint(front_end={"kind": "logmel", "n_mels": n_mels, "dim": n_mels}, heads=heads,
-                                      info={"name": "drill-tiny"}), directory)
+    return tiny_checkpoint(directory)
 
 
 def _speech_like_wav(path: Path, duration_s: float, seed: int = 0) -> Path:
