@@ -303,3 +303,15 @@ def test_manifest_identity(tmp_path):
     assert [Path(f["path"]).name for f in ident["files"]] == ["manifest.csv", "a.wav", "a.csv", "b.wav", "b.csv"]
     (tmp_path / "b.csv").write_text((tmp_path / "b.csv").read_text() + "5.1,0.51,-0.52\n")
     assert corpus_identity(CorpusConfig(kind="manifest", path=str(manifest)))["files"] != ident["files"]
+
+
+def test_window_contours_equal_those_of_window_recordings():
+    from trainer.corpora import window_contours, window_recordings
+    from trainer.synthetic import SyntheticCorpusSpec, make_corpus
+    from trainer.corpora import Recording
+
+    sessions = make_corpus(SyntheticCorpusSpec(seed=1, n_train=2, n_dev=0, session_s=6.0))
+    recordings = [Recording(s.name, s.split, s.audio, {"arousal": s.arousal, "valence": s.valence}) for s in sessions]
+    expected = window_recordings(recordings)[1]
+    got = window_contours(recordings)
+    assert set(got) == set(expected) and all(np.array_equal(got[a], expected[a]) for a in got)

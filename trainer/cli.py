@@ -26,7 +26,7 @@ from c2p_stream.config import ConfigError, RunConfig, dump_config, load_config, 
 from c2p_stream.features import FrontEndError, front_end_spec
 from trainer.algorithm import TrainedHead, predict_logits, train_head
 from trainer.cache import cached_features
-from trainer.corpora import CorpusError, corpus_identity, load_corpus, split_recordings, window_recordings
+from trainer.corpora import CorpusError, corpus_identity, load_corpus, split_recordings, window_contours
 from trainer.evaluate import evaluate_head, pairing_matrix
 from trainer.report import write_metrics, write_report
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         split: cached_features(recs, split, config.front_end, corpus_id, config.cache_dir, progress=not args.no_progress)
         for split, recs in splits.items()
     }
-    contours = {split: window_recordings(recs)[1] for split, recs in splits.items()}
+    contours = {split: window_contours(recs) for split, recs in splits.items()}
     spec = front_end_spec(config.front_end)
 
     variants = ["c2p"] + (["c2p_coupled"] if config.train.coupling else []) + list(config.train.baselines)

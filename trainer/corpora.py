@@ -122,12 +122,21 @@ def window_recordings(recordings: list[Recording]) -> tuple[np.ndarray, dict[str
     Returns audio (N, 32000) float32, contours {attribute: (N, 50) float32} and index (N, 2)
     int64 rows ``[recording_idx, window_idx]``; window w of a recording covers [w, w + 2) s.
     """
+    return _windows(recordings, with_audio=True)
+
+
+def window_contours(recordings: list[Recording]) -> dict[str, np.ndarray]:
+    """The contours of ``window_recordings`` alone, without copying any audio (the trainer's need)."""
+    return _windows(recordings, with_audio=False)[1]
+
+
+def _windows(recordings: list[Recording], with_audio: bool):
     audio_parts, index_parts = [], []
     contour_parts: dict[str, list[np.ndarray]] = {}
     for i, rec in enumerate(recordings):
         audio_w = None
         for attr, contour in rec.contours.items():
-            audio_w, contour_w = frame_pair(rec.audio, contour)
+            audio_w, contour_w = frame_pair(rec.audio, contour)  # strided views: no copy
             contour_parts.setdefault(attr, []).append(contour_w)
         if audio_w is None:
             raise ValueError(f"recording {rec.name} has no contours")
@@ -136,7 +145,7 @@ def window_recordings(recordings: list[Recording]) -> tuple[np.ndarray, dict[str
     if not audio_parts:
         empty = {a: np.empty((0, 50), np.float32) for a in ATTRIBUTES}
         return np.empty((0, 32000), np.float32), empty, np.empty((0, 2), np.int64)
-    audio = np.concatenate(audio_parts).astype(np.float32, copy=False)
+    audio = np.concatenate(audio_parts).astype(np.float32, copy=False) if with_audio else None
     contours = {a: np.concatenate(parts).astype(np.float32, copy=False) for a, parts in contour_parts.items()}
     return audio, contours, np.concatenate(index_parts).astype(np.int64)
 
